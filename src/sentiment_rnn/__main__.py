@@ -1,0 +1,7 @@
+"""Allow ``python -m sentiment_rnn``."""
+
+import sys
+
+from sentiment_rnn.cli import main
+
+sys.exit(main())
