@@ -7,6 +7,7 @@ allowed, for an unknown key (a typo), a missing key or a bad value.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,8 +35,18 @@ class DataParams(_Section):
     """Where the raw archive comes from and which extra labelled reviews join training."""
 
     url: str = Field(min_length=1)
-    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    sha256: str
     extra: list[str] = Field(default_factory=list)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError(
+                f"expected 64 hexadecimal digits (got {len(value)} characters), the archive's "
+                "SHA-256 as `sha256sum` prints it"
+            )
+        return value
 
 
 class PreprocessParams(_Section):
@@ -150,7 +161,8 @@ class Params(_Section):
 
 def _describe(error: dict[str, Any], source: str) -> str:
     """Turn one pydantic error into 'file: key = value: what is allowed'."""
-    key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+    key = key.lstrip(".") or "<top level>"
     kind = error["type"]
     if kind == "missing":
         return f"{source}: missing key '{key}'; add it (see the README for the default)"
