@@ -130,6 +130,9 @@ class TuneParams(_Section):
     timeout_s: PositiveInt
     train_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
     seed: Annotated[int, Field(ge=0)]
+    # MedianPruner: trials that must finish before pruning starts, and the first epoch it may act.
+    pruner_startup_trials: Annotated[int, Field(ge=0)] = 3
+    pruner_warmup_epochs: Annotated[int, Field(ge=1)] = 2
     storage: str | None
     space: SearchSpace
 

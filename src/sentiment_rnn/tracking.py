@@ -8,6 +8,7 @@ store as the workspace. Nothing here runs at import time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -42,19 +43,36 @@ def configure(experiment: str) -> str:
     """
     import mlflow
 
-    uri = tracking_uri()
+    # Read before set_tracking_uri, which exports the variable itself.
+    user_uri = os.environ.get(TRACKING_URI_ENV)
+    uri = user_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        experiment_id = found.experiment_id
-    else:
-        artifact_location = None
-        if not os.environ.get(TRACKING_URI_ENV):
-            artifact_location = (store_root() / "mlruns").as_uri()
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    # Two processes started at once on a fresh SQLite store (parallel tune workers) would both
+    # create its tables and the experiment, and one would fail; a lock beside the file lets one
+    # do it while the other waits.
+    with _sqlite_setup_lock(uri):
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            artifact_location = None
+            if not user_uri:
+                artifact_location = (store_root() / "mlruns").as_uri()
+            experiment_id = mlflow.create_experiment(
+                experiment, artifact_location=artifact_location
+            )
     mlflow.set_experiment(experiment_id=experiment_id)
     log.info("MLflow: experiment %r (id %s) in %s", experiment, experiment_id, uri)
     return experiment_id
+
+
+def _sqlite_setup_lock(uri: str) -> contextlib.AbstractContextManager[object]:
+    """A file lock ``<database>-lock`` for a local SQLite store; no lock for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(uri.removeprefix("sqlite:///") + "-lock", timeout=300)
 
 
 def git_commit() -> str:
