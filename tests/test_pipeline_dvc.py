@@ -1,4 +1,4 @@
-"""`dvc repro` of fetch and preprocess in a throw-away repository, with the real executables."""
+"""`dvc repro` and `dvc exp run --queue` in a throw-away repository, with the real executables."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,3 +138,80 @@ def test_wrong_sha256_fails_and_leaves_no_archive(project: Project) -> None:
     assert "Running stage 'preprocess'" not in output
     assert not list((project.root / "data" / "raw").glob("*.tar.gz"))
     assert not (project.root / "data" / "processed").exists()
+
+
+def tiny_training(raw: dict) -> None:
+    """Shrink tuning and training to seconds; the sizes stay inside the search space."""
+    raw["train"].update(embedding_dim=4, units=4, batch_size=16, epochs=1, seeds=[1], patience=1)
+    raw["tune"].update(n_trials=2, epochs=1, timeout_s=120, train_fraction=0.5)
+    raw["tune"]["space"].update(units=[4], embedding_dim=[4], batch_size=[16, 32])
+
+
+def train_parent_runs(root: Path) -> list[dict[str, str]]:
+    """Tags and params of the ``train-<variant>`` parent runs in the repository's own store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sentiment-rnn")
+    assert experiment is not None
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.stage = 'train'", max_results=100
+    )
+    return [
+        {**run.data.tags, **{f"param.{k}": v for k, v in run.data.params.items()}}
+        for run in runs
+        if run.data.tags.get("mlflow.runName", "").startswith("train-")
+        and "mlflow.parentRunId" not in run.data.tags
+    ]
+
+
+def test_whole_pipeline_then_a_queued_experiment_logs_to_the_same_store(
+    project: Project,
+) -> None:
+    root = project.root
+    project.edit_params(tiny_training)
+    # The default store: no tracking URI from the test session may leak into the stages.
+    project.env.pop("MLFLOW_TRACKING_URI", None)
+    project.env.pop("SENTIMENT_RNN_STORE_ROOT", None)
+
+    output = project.repro()
+    for stage in ("fetch", "preprocess", "tune@lstm", "tune@rnn", "train@lstm", "train@rnn"):
+        assert f"Running stage '{stage}'" in output
+    assert "Running stage 'compare'" in output
+    assert (root / "reports" / "comparison.md").is_file()
+    assert (root / "mlflow.db").is_file()
+    first = train_parent_runs(root)
+    assert sorted(run["variant"] for run in first) == ["lstm", "rnn"]
+    assert {run["param.epochs"] for run in first} == {"1"}
+
+    # Only the train stages (and compare, which reads them) depend on train.epochs.
+    project.edit_params(lambda raw: raw["train"].update(epochs=2))
+    changed = project.repro()
+    assert "Running stage 'train@lstm'" in changed
+    assert "Running stage 'train@rnn'" in changed
+    for stage in ("fetch", "preprocess", "tune@lstm", "tune@rnn"):
+        assert f"Running stage '{stage}'" not in changed
+    project.edit_params(lambda raw: raw["train"].update(epochs=1))
+    project.repro()
+
+    # A queued experiment runs in a copy under .dvc/tmp/exps; its runs must land here.
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "--quiet", "-m", "tiny pipeline")
+    project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=3", "--name", "three")
+    project.run("dvc", "queue", "start")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = project.run("dvc", "queue", "status").stdout
+        if "three" in status and not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    else:
+        pytest.fail(f"the queued experiment did not finish:\n{status}")
+    if "Success" not in status:
+        logs = project.run("dvc", "queue", "logs", "three", check=False)
+        pytest.fail(f"the queued experiment failed:\n{status}\n{logs.stdout}{logs.stderr}")
+
+    queued = [run for run in train_parent_runs(root) if run.get("dvc_exp_name") == "three"]
+    assert sorted(run["variant"] for run in queued) == ["lstm", "rnn"]
+    assert {run["param.epochs"] for run in queued} == {"3"}
+    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
