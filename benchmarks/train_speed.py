@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from sentiment_rnn import train
-from sentiment_rnn.model import build_model
+from sentiment_rnn.model import STEPS_PER_EXECUTION, build_model
 from sentiment_rnn.params import load_params
 
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.variant}: {splits['train'].size} training reviews, batch "
         f"{hyperparameters.batch_size}, {hyperparameters.epochs} epochs, {args.pairs} pair(s); "
         f"jit_compile={hyperparameters.jit_compile}, steps_per_execution="
-        f"{train.STEPS_PER_EXECUTION}; load average {os.getloadavg()[0]:.1f} on "
+        f"{STEPS_PER_EXECUTION}; load average {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} CPUs",
         flush=True,
     )

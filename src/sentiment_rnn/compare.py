@@ -29,7 +29,7 @@ import pandas as pd
 
 from sentiment_rnn import paths, tracking
 from sentiment_rnn.errors import UserError
-from sentiment_rnn.params import MlflowParams, Params, RegistryParams, Variant
+from sentiment_rnn.params import TUNABLE_KEYS, MlflowParams, Params, RegistryParams, Variant
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,6 @@ METRICS_FILE = paths.METRICS_DIR / "compare.json"
 DISPLAY_NAMES = {"lstm": "LSTM", "rnn": "SimpleRNN"}
 HISTORY_COLUMNS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss")
 RUN_KEYS = ("parent_run_id", "best_run_id", "best_seed", "hyperparameters", "tuned")
-HYPERPARAMETER_ORDER = (
-    "learning_rate",
-    "optimizer",
-    "batch_size",
-    "dropout",
-    "recurrent_dropout",
-    "units",
-    "embedding_dim",
-)
 
 
 @dataclass(frozen=True)
@@ -299,7 +290,7 @@ def _format(value: float, digits: int) -> str:
 def _hyperparameter_names(results: Sequence[VariantResult]) -> list[str]:
     """The tuned keys in a stable order: the known ones first, then any others by name."""
     present = {key for result in results for key in result.run.get("hyperparameters", {})}
-    known = [key for key in HYPERPARAMETER_ORDER if key in present]
+    known = [key for key in TUNABLE_KEYS if key in present]
     return known + sorted(present - set(known))
 
 

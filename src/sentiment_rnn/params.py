@@ -24,6 +24,18 @@ Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
+# The train.* keys the tune stage searches and may replace: the keys of best_params.json, in the
+# order the reports list them.
+TUNABLE_KEYS = (
+    "learning_rate",
+    "optimizer",
+    "batch_size",
+    "dropout",
+    "recurrent_dropout",
+    "units",
+    "embedding_dim",
+)
+
 
 class _Section(BaseModel):
     """Base for every section: unknown keys are errors, values are not coerced silently."""

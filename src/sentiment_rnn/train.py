@@ -18,7 +18,7 @@ parent run logs the mean curves and ``<metric>_mean`` / ``<metric>_std`` of the 
 the numbers of ``metrics/train-<variant>.json``.
 
 On CPU the stage trains faster than a plain ``model.fit`` through XLA (``train.jit_compile``) and
-several batches per call of the compiled step (:data:`STEPS_PER_EXECUTION`);
+several batches per call of the compiled step (:data:`~sentiment_rnn.model.STEPS_PER_EXECUTION`);
 ``benchmarks/train_speed.py`` measures the difference.
 """
 
@@ -44,8 +44,13 @@ from pydantic import ValidationError
 
 from sentiment_rnn import paths, tracking
 from sentiment_rnn.errors import UserError
-from sentiment_rnn.model import build_model, compile_model, expected_parameters
-from sentiment_rnn.params import Params, PreprocessParams, TrainParams, Variant
+from sentiment_rnn.model import (
+    STEPS_PER_EXECUTION,
+    build_model,
+    compile_model,
+    expected_parameters,
+)
+from sentiment_rnn.params import TUNABLE_KEYS, Params, PreprocessParams, TrainParams, Variant
 
 if TYPE_CHECKING:
     import keras
@@ -53,19 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The keys tune writes to best_params.json; each names a train.* key it replaces.
-TUNED_KEYS = (
-    "learning_rate",
-    "optimizer",
-    "batch_size",
-    "dropout",
-    "recurrent_dropout",
-    "units",
-    "embedding_dim",
-)
-# Batches per call of the compiled train step. One call per batch pays a Python round trip that is
-# a large share of a 128-review step on CPU; 8, 16 and 32 measured alike here, all faster than 1.
-STEPS_PER_EXECUTION = 16
 # Validation and test predictions need no gradients, so a larger batch only saves calls.
 PREDICT_BATCH_SIZE = 1024
 LATENCY_WARMUP_CALLS = 20
@@ -243,10 +235,11 @@ def resolve_hyperparameters(
         raise UserError(f"{path}: not valid JSON at line {exc.lineno}; {fix}") from None
     if not isinstance(tuned, dict):
         raise UserError(f"{path}: expected an object of hyperparameters; {fix}")
-    unknown = sorted(set(tuned) - set(TUNED_KEYS))
+    unknown = sorted(set(tuned) - set(TUNABLE_KEYS))
     if unknown:
         raise UserError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TUNED_KEYS)}; {fix}"
+            f"{path}: unknown key(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(TUNABLE_KEYS)}; {fix}"
         )
     try:
         effective = TrainParams.model_validate({**train.model_dump(), **tuned}, strict=True)
@@ -516,7 +509,7 @@ def build_compiled_model(
 
     Returns:
         The compiled model, with XLA as ``train.jit_compile`` says and
-        :data:`STEPS_PER_EXECUTION` batches per call.
+        :data:`~sentiment_rnn.model.STEPS_PER_EXECUTION` batches per call.
     """
     import keras
 

@@ -59,8 +59,15 @@ import numpy as np
 
 from sentiment_rnn import paths, tracking
 from sentiment_rnn.errors import UserError
-from sentiment_rnn.model import build_model, compile_model
-from sentiment_rnn.params import Params, SearchSpace, TrainParams, TuneParams, Variant
+from sentiment_rnn.model import STEPS_PER_EXECUTION, build_model, compile_model
+from sentiment_rnn.params import (
+    TUNABLE_KEYS,
+    Params,
+    SearchSpace,
+    TrainParams,
+    TuneParams,
+    Variant,
+)
 from sentiment_rnn.text import Vocabulary
 
 if TYPE_CHECKING:
@@ -72,18 +79,6 @@ log = logging.getLogger(__name__)
 STORAGE_ENV = "SENTIMENT_RNN_OPTUNA_STORAGE"
 JOURNAL_PATH = Path("optuna") / "journal.log"
 
-# The keys of best_params.json, each a train.* key it replaces (see the data contract).
-HYPERPARAMETERS = (
-    "learning_rate",
-    "optimizer",
-    "batch_size",
-    "dropout",
-    "recurrent_dropout",
-    "units",
-    "embedding_dim",
-)
-# Batches per call of the compiled train step: saves the Python round trip between small batches.
-STEPS_PER_EXECUTION = 16
 # Validation needs no gradients; up to this many reviews are scored in a single batch.
 MAX_VALIDATION_BATCH = 8192
 # A RUNNING trial whose worker is on another host, or whose process id may have been reused, is
@@ -277,7 +272,7 @@ def textbook_params(train: TrainParams, space: SearchSpace) -> dict[str, Any]:
             record a categorical value outside its choices). A float outside its range is only
             logged: Optuna records it with a warning.
     """
-    values = {name: getattr(train, name) for name in HYPERPARAMETERS}
+    values = {name: getattr(train, name) for name in TUNABLE_KEYS}
     for name in ("optimizer", "batch_size", "units", "embedding_dim"):
         choices = getattr(space, name)
         if values[name] not in choices:
@@ -436,7 +431,7 @@ def fail_stale_trials(
             continue  # another worker got there first and queued the retry
         failed.append(trial.number)
         log.warning("trial %d marked FAIL: %s", trial.number, reason)
-        if set(trial.params) == set(HYPERPARAMETERS):
+        if set(trial.params) == set(TUNABLE_KEYS):
             retry_attrs: dict[str, Any] = {ATTR_RETRY_OF: trial.number}
             if trial.user_attrs.get(ATTR_TEXTBOOK):
                 retry_attrs[ATTR_TEXTBOOK] = True
@@ -636,7 +631,7 @@ def _study_figures(study: optuna.Study) -> dict[str, Any]:
         # Importances need two complete trials that differ in some searched parameter.
         varied = {
             name
-            for name in HYPERPARAMETERS
+            for name in TUNABLE_KEYS
             if len({repr(trial.params.get(name)) for trial in complete}) > 1
         }
         if len(complete) >= 2 and varied:
@@ -1024,7 +1019,7 @@ def main(variant: Variant, params: Params) -> TuneResult:
             "tune.space (a learning rate too high diverges) and the data"
         )
     best_trial = study.best_trial
-    best = {name: _plain(best_trial.params[name]) for name in HYPERPARAMETERS}
+    best = {name: _plain(best_trial.params[name]) for name in TUNABLE_KEYS}
     paths.write_atomically(
         paths.TUNING_DIR / variant / "best_params.json", json.dumps(best, indent=2) + "\n"
     )
