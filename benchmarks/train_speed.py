@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from sentiment_rnn import train
-from sentiment_rnn.model import STEPS_PER_EXECUTION, build_model
+from sentiment_rnn.model import STEPS_PER_EXECUTION, build_model, configure_threads
 from sentiment_rnn.params import load_params
 
 
@@ -112,7 +112,8 @@ def run_plain(variant, seed, hyperparameters, preprocess, splits) -> dict[str, o
 
 
 def run_ours(variant, seed, hyperparameters, preprocess, splits) -> dict[str, object]:
-    """The train stage's path: its compile settings and its fit call."""
+    """The train stage's path: its thread pools, its compile settings and its fit call."""
+    configure_threads(hyperparameters.threads)
     model = train.build_compiled_model(variant, seed, hyperparameters, preprocess)
     epochs: list[float] = []
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.variant}: {splits['train'].size} training reviews, batch "
         f"{hyperparameters.batch_size}, {hyperparameters.epochs} epochs, {args.pairs} pair(s); "
         f"jit_compile={hyperparameters.jit_compile}, steps_per_execution="
-        f"{STEPS_PER_EXECUTION}; load average {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} CPUs",
+        f"{STEPS_PER_EXECUTION}, threads={hyperparameters.threads}; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
         flush=True,
     )
     results: dict[str, list[dict[str, object]]] = {"plain": [], "ours": []}

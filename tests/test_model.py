@@ -96,3 +96,34 @@ def test_importing_model_and_train_does_not_load_tensorflow() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_configure_threads_sizes_both_pools_and_only_warns_once_tensorflow_runs() -> None:
+    # A fresh interpreter: TensorFlow fixes its pools at its first operation.
+    code = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+import tensorflow as tf
+from sentiment_rnn.model import configure_threads
+configure_threads(0)
+print("default", tf.config.threading.get_intra_op_parallelism_threads(),
+      tf.config.threading.get_inter_op_parallelism_threads())
+configure_threads(1)
+print("set", tf.config.threading.get_intra_op_parallelism_threads(),
+      tf.config.threading.get_inter_op_parallelism_threads())
+tf.constant(1.0) + 1.0
+configure_threads(1)
+configure_threads(2)
+print("after", tf.config.threading.get_intra_op_parallelism_threads())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "default 0 0"
+    assert lines[1] == "set 1 1"
+    # Same size again is a no-op; another size once TensorFlow runs is a warning, not a crash.
+    assert len(lines) == 4
+    assert "already running with 1 intra- and 1 inter-op threads" in lines[2]
+    assert "train.threads = 2" in lines[2]
+    assert lines[3] == "after 1"

@@ -75,6 +75,10 @@ CASES = {
     ),
     "missing": (_delete("train.epochs"), ["missing key 'train.epochs'", "add it"]),
     "missing-section": (_delete("data"), ["missing key 'data'"]),
+    "negative-threads": (
+        _set("train.threads", -1),
+        ["train.threads = -1", "greater than or equal to 0"],
+    ),
     "negative-size": (
         _set("train.batch_size", -8),
         ["train.batch_size = -8", "greater than 0"],

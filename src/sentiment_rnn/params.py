@@ -86,6 +86,7 @@ class TrainParams(_Section):
     patience: Annotated[int, Field(ge=0)]
     use_tuned: bool
     jit_compile: bool
+    threads: Annotated[int, Field(ge=0)]
 
     @field_validator("seeds")
     @classmethod

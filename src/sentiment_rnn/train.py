@@ -48,6 +48,7 @@ from sentiment_rnn.model import (
     STEPS_PER_EXECUTION,
     build_model,
     compile_model,
+    configure_threads,
     expected_parameters,
 )
 from sentiment_rnn.params import TUNABLE_KEYS, Params, PreprocessParams, TrainParams, Variant
@@ -768,6 +769,7 @@ def main(variant: Variant, params: Params) -> dict[str, float]:
     # Keras' progress bars (MLflow's input-example check calls predict) garble DVC's log; our
     # per-epoch log lines report progress instead.
     keras.utils.disable_interactive_logging()
+    configure_threads(params.train.threads)
     preprocess = params.preprocess
     splits = {name: load_split(name, preprocess) for name in paths.SPLITS}
     vocabulary = paths.PROCESSED_DIR / "vocabulary.json"

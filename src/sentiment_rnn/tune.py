@@ -59,7 +59,12 @@ import numpy as np
 
 from sentiment_rnn import paths, tracking
 from sentiment_rnn.errors import UserError
-from sentiment_rnn.model import STEPS_PER_EXECUTION, build_model, compile_model
+from sentiment_rnn.model import (
+    STEPS_PER_EXECUTION,
+    build_model,
+    compile_model,
+    configure_threads,
+)
 from sentiment_rnn.params import (
     TUNABLE_KEYS,
     Params,
@@ -922,8 +927,8 @@ def main(variant: Variant, params: Params) -> TuneResult:
 
     Args:
         variant: ``lstm`` or ``rnn``.
-        params: All of ``params.yaml``; reads ``tune``, ``train`` (the textbook trial and
-            ``jit_compile``) and ``mlflow``.
+        params: All of ``params.yaml``; reads ``tune``, ``train`` (the textbook trial,
+            ``jit_compile`` and ``threads``) and ``mlflow``.
 
     Returns:
         The study's name, storage, best values and metrics.
@@ -938,6 +943,7 @@ def main(variant: Variant, params: Params) -> TuneResult:
     started = time.monotonic()
     tune = params.tune
     _route_logs()
+    configure_threads(params.train.threads)
     data = load_data(tune.train_fraction, tune.seed)
     textbook = textbook_params(params.train, tune.space)
     name = study_name(variant, tune, textbook, data.checksum)
