@@ -4,12 +4,14 @@ Run from the project root once ``data/processed`` exists (``dvc repro preprocess
 
     python benchmarks/train_speed.py                      # the full comparison, ~5 min idle
     python benchmarks/train_speed.py --train-reviews 5000 --epochs 4    # a quick look
+    python benchmarks/train_speed.py --tuned --pairs 1    # the tune stage's values, both paths
 
 "Plain" is what a Keras user writes: the same model compiled with Keras' defaults (on a CPU-only
 machine that means no XLA and one batch per call) and ``model.fit(x, y, validation_data=...)``.
 "Ours" is the train stage's path, :func:`sentiment_rnn.train.build_compiled_model` and
-:func:`sentiment_rnn.train.fit_model`. Both train the textbook setting for the same number of
-epochs (no early stopping, so they run the same epochs) from the same seed.
+:func:`sentiment_rnn.train.fit_model`. Both train the textbook setting (or with ``--tuned`` the
+tune stage's values: the same dropout, optimizer, learning rate and batch size on both paths) for
+the same number of epochs (no early stopping, so they run the same epochs) from the same seed.
 
 Each pair of runs uses a new seed and alternates the order (plain first, then ours first), so a
 busy spell on a shared machine slows both; every fit runs in a fresh Python process. The ratio of
@@ -45,6 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-reviews", type=int, default=None, help="random subset of the training split"
     )
+    parser.add_argument(
+        "--tuned", action="store_true", help="train tuning/<variant>/best_params.json's values"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ours' TensorFlow threads (default: train.threads)",
+    )
     parser.add_argument("--goal", type=float, default=1.3, help="required speedup (default 1.3)")
     parser.add_argument("--output", type=Path, default=None, help="also write the report as JSON")
     # Internal: run one fit in this process and print its result as JSON (see fit_in_subprocess).
@@ -64,6 +75,10 @@ def fit_in_subprocess(args: argparse.Namespace, name: str, seed: int) -> dict[st
         command += ["--epochs", str(args.epochs)]
     if args.train_reviews:
         command += ["--train-reviews", str(args.train_reviews)]
+    if args.tuned:
+        command += ["--tuned"]
+    if args.threads is not None:
+        command += ["--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"{name} seed {seed} failed:\n{result.stderr[-4000:]}")
@@ -81,7 +96,7 @@ def epoch_timer(seconds: list[float]):
 
 
 def run_plain(variant, seed, hyperparameters, preprocess, splits) -> dict[str, object]:
-    """The same model compiled and fitted with Keras' defaults."""
+    """The same model and optimizer, compiled and fitted with Keras' defaults otherwise."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -91,9 +106,14 @@ def run_plain(variant, seed, hyperparameters, preprocess, splits) -> dict[str, o
         preprocess.maxlen,
         hyperparameters.embedding_dim,
         hyperparameters.units,
+        dropout=hyperparameters.dropout,
+        recurrent_dropout=hyperparameters.recurrent_dropout,
     )
+    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
     model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=hyperparameters.learning_rate),
+        optimizer=optimizers[hyperparameters.optimizer](
+            learning_rate=hyperparameters.learning_rate
+        ),
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )
@@ -149,10 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     keras.utils.disable_interactive_logging()
     params = load_params(args.params)
     preprocess = params.preprocess
-    # The textbook setting; no early stopping, so both paths run exactly the same epochs.
-    hyperparameters = params.train.model_copy(
-        update={"early_stopping": False, "epochs": args.epochs or params.train.epochs}
-    )
+    # The textbook setting, or the tuned one; no early stopping, so both paths run exactly the
+    # same epochs.
+    base = params.train.model_copy(update={"use_tuned": args.tuned})
+    base, _ = train.resolve_hyperparameters(base, args.variant)
+    update: dict[str, object] = {"early_stopping": False, "epochs": args.epochs or base.epochs}
+    if args.threads is not None:
+        update["threads"] = args.threads
+    hyperparameters = base.model_copy(update=update)
     splits = {name: train.load_split(name, preprocess) for name in ("train", "validation", "test")}
     if args.train_reviews and args.train_reviews < splits["train"].size:
         chosen = np.random.default_rng(0).choice(
@@ -169,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print(
-        f"{args.variant}: {splits['train'].size} training reviews, batch "
-        f"{hyperparameters.batch_size}, {hyperparameters.epochs} epochs, {args.pairs} pair(s); "
+        f"{args.variant}{' (tuned values)' if args.tuned else ''}: {splits['train'].size} training "
+        f"reviews, {hyperparameters.optimizer} at {hyperparameters.learning_rate:.4g}, batch "
+        f"{hyperparameters.batch_size}, dropout {hyperparameters.dropout:.2f} / "
+        f"{hyperparameters.recurrent_dropout:.2f}, {hyperparameters.epochs} epochs, "
+        f"{args.pairs} pair(s); "
         f"jit_compile={hyperparameters.jit_compile}, steps_per_execution="
         f"{STEPS_PER_EXECUTION}, threads={hyperparameters.threads}; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
@@ -208,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, object] = {
         "variant": args.variant,
+        "hyperparameters": hyperparameters.model_dump(),
         "train_reviews": splits["train"].size,
         "batch_size": hyperparameters.batch_size,
         "epochs": hyperparameters.epochs,
