@@ -143,9 +143,11 @@ def compile_model(
 def configure_threads(threads: int) -> None:
     """Size TensorFlow's intra- and inter-op thread pools before its runtime starts.
 
-    One step of these models (a 32-unit recurrent cell over a batch of 128) is too small to split
-    across cores. With a pool per core, XLA's second thread spins waiting for work; on the 2-core
-    machine, whenever it shared a core with the working thread, an epoch took twice as long.
+    A step of the textbook model (a 32-unit recurrent cell over a batch of 128) is too small to
+    split across cores. With a pool per core, XLA's second thread spins waiting for work; on the
+    2-core machine, whenever it shared a core with the working thread, an epoch took twice as long.
+    With dropout the second thread does some work, so tuned values can gain from more threads:
+    ``benchmarks/README.md`` has both measurements.
 
     Args:
         threads: Threads per pool; 0 leaves TensorFlow's default (one per core).
