@@ -34,7 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from sentiment_rnn import train
-from sentiment_rnn.model import STEPS_PER_EXECUTION, build_model, configure_threads
+from sentiment_rnn.model import (
+    STEPS_PER_EXECUTION,
+    build_model,
+    configure_threads,
+    make_optimizer,
+)
 from sentiment_rnn.params import load_params
 
 
@@ -109,11 +114,8 @@ def run_plain(variant, seed, hyperparameters, preprocess, splits) -> dict[str, o
         dropout=hyperparameters.dropout,
         recurrent_dropout=hyperparameters.recurrent_dropout,
     )
-    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
     model.compile(
-        optimizer=optimizers[hyperparameters.optimizer](
-            learning_rate=hyperparameters.learning_rate
-        ),
+        optimizer=make_optimizer(hyperparameters.optimizer, hyperparameters.learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )

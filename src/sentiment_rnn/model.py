@@ -106,6 +106,14 @@ def build_model(
     return model
 
 
+def make_optimizer(name: Optimizer, learning_rate: float) -> keras.optimizers.Optimizer:
+    """A fresh Keras optimizer: ``rmsprop`` or ``adam`` at ``learning_rate``."""
+    import keras
+
+    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
+    return optimizers[name](learning_rate=learning_rate)
+
+
 def compile_model(
     model: keras.Model,
     optimizer: Optimizer,
@@ -127,11 +135,8 @@ def compile_model(
     Returns:
         The same model, compiled.
     """
-    import keras
-
-    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
     model.compile(
-        optimizer=optimizers[optimizer](learning_rate=learning_rate),
+        optimizer=make_optimizer(optimizer, learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit_compile,
