@@ -16,9 +16,8 @@ the same number of epochs (no early stopping, so they run the same epochs) from 
 Each pair of runs uses a new seed and alternates the order (plain first, then ours first), so a
 busy spell on a shared machine slows both; every fit runs in a fresh Python process. The ratio of
 seconds per epoch is the result (also printed: the ratio of median epochs, which a short spell of
-other load barely moves); absolute
-times depend on the load, which the report prints. Exit status 1 if the whole-fit speedup misses
-the goal (1.3x unless ``--goal`` says otherwise).
+other load barely moves); absolute times depend on the load, which the report prints. Exit status
+1 if the whole-fit speedup misses the goal (1.3x unless ``--goal`` says otherwise).
 """
 
 from __future__ import annotations
@@ -68,22 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fit_in_subprocess(args: argparse.Namespace, name: str, seed: int) -> dict[str, object]:
-    """One fit in a fresh Python process.
+def fit_in_subprocess(argv: list[str], name: str, seed: int) -> dict[str, object]:
+    """One fit in a fresh Python process, with this invocation's arguments.
 
     Each fit gets its own TensorFlow runtime (thread pools, allocator, compiled functions), so
     neither path inherits state or leftover work from the one that ran before it.
     """
-    command = [sys.executable, __file__, "--params", args.params, "--variant", args.variant]
-    command += ["--pairs", str(args.pairs), "--one", name, str(seed)]
-    if args.epochs:
-        command += ["--epochs", str(args.epochs)]
-    if args.train_reviews:
-        command += ["--train-reviews", str(args.train_reviews)]
-    if args.tuned:
-        command += ["--tuned"]
-    if args.threads is not None:
-        command += ["--threads", str(args.threads)]
+    command = [sys.executable, __file__, *argv, "--one", name, str(seed)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"{name} seed {seed} failed:\n{result.stderr[-4000:]}")
@@ -164,6 +154,7 @@ def finish(model, started: float, cpu_started: float, epochs: list[float], split
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -210,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         seed = pair + 1
         order = ["plain", "ours"] if pair % 2 == 0 else ["ours", "plain"]
         for name in order:
-            result = fit_in_subprocess(args, name, seed)
+            result = fit_in_subprocess(argv, name, seed)
             results[name].append(result)
             epochs = result["epoch_seconds"]
             print(
